@@ -230,8 +230,9 @@ class Generator:
         """Pass 1: the adapter's distribution over the K steering digits for this prompt,
         always at temperature 1 (the request's temperature is for the text)."""
         codec = self.codec(attribute)
+        ids = list(codec.token_ids)
         params = _sampling_params(
-            max_tokens=1, temperature=1.0, logprobs=0, logprob_token_ids=list(codec.token_ids)
+            max_tokens=1, temperature=1.0, logprobs=len(ids), logprob_token_ids=ids
         )
         request_id = f"pass1-{uuid.uuid4().hex}"
         final = None

@@ -112,6 +112,9 @@ class FakeEngine:
         try:
             if sampling_params.logprob_token_ids:
                 ids = sampling_params.logprob_token_ids
+                # vLLM refuses a request whose logprobs count differs from the ids it names
+                if sampling_params.logprobs not in (None, len(ids)):
+                    raise ValueError("logprobs must equal len(logprob_token_ids)")
                 table = {t: Logprob(self.digit_logprobs.get(t, -math.log(len(ids)))) for t in ids}
                 await asyncio.sleep(self.step_delay)
                 yield Output(request_id, [Completion(0, "0", "length", [table])], True)
