@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import secrets
 import time
@@ -56,6 +57,7 @@ DEFAULT_MAX_TOKENS: dict[str, int] = {"attribute": 8, "story": 160}
 # vLLM seeds are 64-bit; child samples of a request take seed + index
 _SEED_LIMIT = 1 << 62
 _DIGITS_RE = re.compile(r"[0-9]")
+_LORA_IDS = itertools.count(1)
 
 
 class Engine(Protocol):
@@ -87,8 +89,11 @@ class LoraAdapter:
     task: str
 
     @classmethod
-    def from_version(cls, adapter: AdapterVersion, lora_id: int) -> LoraAdapter:
+    def from_version(cls, adapter: AdapterVersion, lora_id: int | None = None) -> LoraAdapter:
+        """`lora_id` defaults to the next id of this process: vLLM treats two LoRAs with one id
+        as the same adapter, so every loaded version needs its own."""
         m = adapter.manifest
+        lora_id = next(_LORA_IDS) if lora_id is None else lora_id
         return cls(
             adapter.name, adapter.version, adapter.path, lora_id, m.steering, m.attribute, m.task
         )
@@ -296,15 +301,20 @@ class GenerationRun:
 
     async def aclose(self) -> None:
         """Stop: cancel the readers and abort every engine request still running."""
-        for task in self._tasks:
-            task.cancel()
-        if self._live:
-            live, self._live = list(self._live), set()
-            await self.generator.engine.abort(live)
+        await self._abort_live()
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
         await self._iterator.aclose()
+
+    async def _abort_live(self) -> None:
+        if self._live:
+            live = list(self._live)
+            self._live.clear()
+            # shielded: a consumer cancelled mid-abort (a client gone) must not leak requests
+            await asyncio.shield(self.generator.engine.abort(live))
+        for task in self._tasks:
+            task.cancel()
 
     # -- the prompt of each pass-2 request -------------------------------------------------
 
@@ -449,9 +459,4 @@ class GenerationRun:
                 yield generation
         finally:
             self.duration_s = time.perf_counter() - started
-            for task in self._tasks:
-                task.cancel()
-            if self._live:
-                live, self._live = list(self._live), set()
-                with contextlib.suppress(Exception):
-                    await self.generator.engine.abort(live)
+            await self._abort_live()

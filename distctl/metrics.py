@@ -27,9 +27,11 @@ def mae(target: Mapping[str, float], shares: Mapping[str, float]) -> float:
 
 
 def kl(target: Mapping[str, float], shares: Mapping[str, float]) -> float:
-    return sum(
+    value = sum(
         t * math.log(t / (shares.get(c, 0.0) + KL_EPSILON)) for c, t in target.items() if t > 0
     )
+    # the epsilon makes a perfect match come out at about -1e-10; a divergence is never negative
+    return max(value, 0.0)
 
 
 def tvd(target: Mapping[str, float], shares: Mapping[str, float]) -> float:

@@ -18,7 +18,6 @@ from distctl.prompts import canonical_prompt
 from distctl.quota import prefix_bound
 from distctl.targets import resolve_target
 
-
 GENDER = get_attribute("gender")
 NURSES = canonical_prompt("attribute", GENDER, get_occupation("us", "Registered nurses"))
 
@@ -95,7 +94,7 @@ async def test_plain_mode_assigns_nothing(generator: Generator) -> None:
 
 async def test_calibrated_runs_pass1_once(engine: Any, tokenizer: Any, make_adapter: Any) -> None:
     version = make_adapter("core-calibrated")
-    adapter = LoraAdapter.from_version(version, lora_id=101)
+    adapter = LoraAdapter.from_version(version)
     counting = CountingEngine(engine)
     generator = Generator(counting, tokenizer)
     run = generator.run(spec(mode=Mode.CALIBRATED, adapter=adapter, n=8))

@@ -1,0 +1,1 @@
+"""The distctl HTTP service: POST /generate over the generation core, adapters, metrics."""
