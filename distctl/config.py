@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     max_model_len: int = Field(default=1024, ge=64)
     kv_cache_gb: float = Field(default=2.0, gt=0, description="KV cache size in GiB")
     tensor_parallel_size: int = Field(default=1, ge=1)
+    dtype: str = Field(
+        default="auto",
+        description="engine weights dtype; auto = float32 on CPU, the model's own on GPU",
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
