@@ -78,9 +78,7 @@ class EvalConfig:
             "attribute": self.attribute,
             "rounds": self.rounds,
             "seed": self.seed,
-            "adapter": (
-                f"{self.adapter.name}@v{self.adapter.version}" if self.adapter else None
-            ),
+            "adapter": (f"{self.adapter.name}@v{self.adapter.version}" if self.adapter else None),
             "adapter_path": str(self.adapter.path) if self.adapter else None,
         }
 
@@ -225,8 +223,17 @@ def make_config(
                 field="adapter",
             )
     return EvalConfig(
-        dataset=name, method=method, items=tuple(items), attribute=attribute, task=task,
-        mode=mode, pass2=pass2, rounds=rounds, seed=seed, adapter=version, max_tokens=max_tokens,
+        dataset=name,
+        method=method,
+        items=tuple(items),
+        attribute=attribute,
+        task=task,
+        mode=mode,
+        pass2=pass2,
+        rounds=rounds,
+        seed=seed,
+        adapter=version,
+        max_tokens=max_tokens,
     )
 
 
@@ -273,15 +280,26 @@ async def evaluate(
     attribute = get_attribute(config.attribute)
     specs = [
         GenerationSpec(
-            prompt=item.prompt, attribute=attribute, target=item.target, n=item.n,
-            mode=Mode(config.mode), task=config.task, adapter=lora,
-            seed=spec_seed(config.seed, i), temperature=1.0, max_tokens=config.max_tokens,
+            prompt=item.prompt,
+            attribute=attribute,
+            target=item.target,
+            n=item.n,
+            mode=Mode(config.mode),
+            task=config.task,
+            adapter=lora,
+            seed=spec_seed(config.seed, i),
+            temperature=1.0,
+            max_tokens=config.max_tokens,
             pass2=config.pass2,  # type: ignore[arg-type]
         )
         for i, item in enumerate(config.items)
     ]
-    bar = tqdm(total=sum(s.n for s in specs), desc=f"{config.method} {config.dataset}",
-               unit="gen", disable=not progress)
+    bar = tqdm(
+        total=sum(s.n for s in specs),
+        desc=f"{config.method} {config.dataset}",
+        unit="gen",
+        disable=not progress,
+    )
     adapter_label = lora.label if lora else None
     started = time.perf_counter()
 
@@ -336,8 +354,12 @@ def _digit_summary(result: EvalResult) -> list[dict[str, Any]]:
     """Pass 1's digit distribution per prompt (calibrated mode): what the adapter itself drew
     from, beside the shares its texts reached."""
     return [
-        {"occupation": item.occupation, "country": item.country, "prompt": item.prompt,
-         "digit_distribution": dist}
+        {
+            "occupation": item.occupation,
+            "country": item.country,
+            "prompt": item.prompt,
+            "digit_distribution": dist,
+        }
         for item, dist in zip(result.config.items, result.digit_distributions, strict=True)
         if dist is not None
     ]
@@ -352,15 +374,18 @@ def save(result: EvalResult, out: Path, *, plots: bool = True) -> None:
     adapter = result.config.adapter
     if adapter is not None:
         overall = result.report["overall"]
-        append_eval(adapter.path, {
-            "dataset": result.config.dataset,
-            "task": result.config.task,
-            "mode": result.config.mode,
-            "pass2": result.config.pass2,
-            "n": result.config.rounds,
-            "mae": overall["mae"],
-            "mae_ci": overall["mae_ci"],
-        })
+        append_eval(
+            adapter.path,
+            {
+                "dataset": result.config.dataset,
+                "task": result.config.task,
+                "mode": result.config.mode,
+                "pass2": result.config.pass2,
+                "n": result.config.rounds,
+                "mae": overall["mae"],
+                "mae_ci": overall["mae_ci"],
+            },
+        )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -374,21 +399,40 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--dataset", choices=list(DATASETS), help="one of the six datasets")
     src.add_argument("--prompts", type=Path, help="JSONL file of prompt rows (DESIGN.md)")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--adapter", type=Path, help="adapter version folder (holds distctl.json); "
-                   "needed by ift, dpo and ours*")
+    p.add_argument(
+        "--adapter",
+        type=Path,
+        help="adapter version folder (holds distctl.json); needed by ift, dpo and ours*",
+    )
     p.add_argument("--task", choices=("attribute", "story"), help="default attribute")
-    p.add_argument("--rounds", type=int, default=100,
-                   help="generations per occupation (per row with --prompts); default 100")
-    p.add_argument("--mode", choices=MODES,
-                   help="default calibrated for ours*, plain for the baselines")
-    p.add_argument("--pass2", choices=PASS2, default="assistant",
-                   help="user-turn: the paper's script's variant (digit in the user turn)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=100,
+        help="generations per occupation (per row with --prompts); default 100",
+    )
+    p.add_argument(
+        "--mode", choices=MODES, help="default calibrated for ours*, plain for the baselines"
+    )
+    p.add_argument(
+        "--pass2",
+        choices=PASS2,
+        default="assistant",
+        help="user-turn: the paper's script's variant (digit in the user turn)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--occupations", help="comma-separated occupation titles to keep")
-    p.add_argument("--limit-occupations", type=int, metavar="N",
-                   help="keep the first N occupations (quick runs)")
-    p.add_argument("--max-tokens", type=int,
-                   help="token budget per generation; default 8 (attribute), 160 (story)")
+    p.add_argument(
+        "--limit-occupations",
+        type=int,
+        metavar="N",
+        help="keep the first N occupations (quick runs)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="token budget per generation; default 8 (attribute), 160 (story)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     return p
@@ -396,10 +440,18 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return make_config(
-        method=args.method, dataset=args.dataset, prompts=args.prompts, adapter=args.adapter,
-        task=args.task, rounds=args.rounds, mode=args.mode, pass2=args.pass2, seed=args.seed,
+        method=args.method,
+        dataset=args.dataset,
+        prompts=args.prompts,
+        adapter=args.adapter,
+        task=args.task,
+        rounds=args.rounds,
+        mode=args.mode,
+        pass2=args.pass2,
+        seed=args.seed,
         occupations=args.occupations.split(",") if args.occupations else None,
-        limit_occupations=args.limit_occupations, max_tokens=args.max_tokens,
+        limit_occupations=args.limit_occupations,
+        max_tokens=args.max_tokens,
     )
 
 

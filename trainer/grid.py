@@ -71,15 +71,24 @@ class Cell:
 
 
 def core_cells(rounds: int = 100) -> list[Cell]:
-    methods = [("zero-shot", "plain"), ("prompt", "plain"), ("ift", "plain"),
-               ("ours", "calibrated"), ("ours", "exact")]
-    return [Cell(d, "attribute", m, mode, "assistant", rounds, "core")
-            for d in ALL_DATASETS for m, mode in methods]
+    methods = [
+        ("zero-shot", "plain"),
+        ("prompt", "plain"),
+        ("ift", "plain"),
+        ("ours", "calibrated"),
+        ("ours", "exact"),
+    ]
+    return [
+        Cell(d, "attribute", m, mode, "assistant", rounds, "core")
+        for d in ALL_DATASETS
+        for m, mode in methods
+    ]
 
 
 def extended_cells(rounds: int = 100, story_rounds: int = 30) -> list[Cell]:
-    cells = [Cell(d, "attribute", "dpo", "plain", "assistant", rounds, "extended")
-             for d in ALL_DATASETS]
+    cells = [
+        Cell(d, "attribute", "dpo", "plain", "assistant", rounds, "extended") for d in ALL_DATASETS
+    ]
     for d in ABLATION_DATASETS:
         cells += [
             Cell(d, "attribute", "ours-kl", "calibrated", "assistant", rounds, "extended"),
@@ -106,13 +115,16 @@ def select(
 ) -> list[Cell]:
     if only is not None and only.lower() not in PARTS:
         raise DistctlError(f"--only must be core or extended, not {only!r}", field="only")
-    for name, wanted, known in (("dataset", datasets, ALL_DATASETS),
-                                ("method", methods, {c.method for c in cells})):
+    for name, wanted, known in (
+        ("dataset", datasets, ALL_DATASETS),
+        ("method", methods, {c.method for c in cells}),
+    ):
         unknown = set(wanted or ()) - set(known)
         if unknown:
             raise DistctlError(f"unknown {name}s: {', '.join(sorted(unknown))}", field=name)
     return [
-        c for c in cells
+        c
+        for c in cells
         if (only is None or c.part == only.lower())
         and (not datasets or c.dataset in datasets)
         and (not methods or c.method in methods)
@@ -141,8 +153,16 @@ def load_report(settings: Settings, cell: Cell) -> dict[str, Any] | None:
 def train_args(cell: Cell) -> list[str]:
     """`distctl train` arguments for the adapter a cell needs (the trainer's defaults)."""
     assert cell.adapter_name is not None
-    return ["--dataset", cell.dataset, "--task", cell.task, "--method", cell.method,
-            "--name", cell.adapter_name]
+    return [
+        "--dataset",
+        cell.dataset,
+        "--task",
+        cell.task,
+        "--method",
+        cell.method,
+        "--name",
+        cell.adapter_name,
+    ]
 
 
 def ensure_adapter(settings: Settings, cell: Cell, train: bool) -> tuple[AdapterVersion, float]:
@@ -168,11 +188,16 @@ def ensure_adapter(settings: Settings, cell: Cell, train: bool) -> tuple[Adapter
 def _record_failure(settings: Settings, cell: Cell, stage: str, exc: BaseException) -> None:
     folder = cell_dir(settings, cell)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "error.json", {
-        "cell": cell.ident(), "stage": stage, "error": str(exc),
-        "traceback": traceback.format_exception(exc),
-        "at": datetime.now(UTC).isoformat(),
-    })
+    write_json(
+        folder / "error.json",
+        {
+            "cell": cell.ident(),
+            "stage": stage,
+            "error": str(exc),
+            "traceback": traceback.format_exception(exc),
+            "at": datetime.now(UTC).isoformat(),
+        },
+    )
 
 
 async def run_cells(
@@ -194,9 +219,15 @@ async def run_cells(
     for cell in tqdm(cells, desc="eval-all", unit="cell", disable=not progress):
         try:
             version = adapters[cell.adapter_name][0] if cell.adapter_name else None
-            config = make_config(method=cell.method, dataset=cell.dataset, adapter=version,
-                                 task=cell.task, rounds=cell.n_rounds, mode=cell.mode,
-                                 pass2=cell.pass2)
+            config = make_config(
+                method=cell.method,
+                dataset=cell.dataset,
+                adapter=version,
+                task=cell.task,
+                rounds=cell.n_rounds,
+                mode=cell.mode,
+                pass2=cell.pass2,
+            )
             lora = None
             if version is not None:
                 # one lora id per adapter version for the engine's whole life
@@ -244,16 +275,19 @@ def write_results(settings: Settings, cells: Sequence[Cell], out: Path) -> list[
     write_json(out / "results.json", rows)
     times = _timing(settings, cells)
     plots = plot_results(rows, out, shares or None)
-    header = "\n".join([
-        "Made by `distctl eval-all` (see docs/evaluation.md for the command and the machine).",
-        "",
-        f"Generation wall time of the measured cells: {times['generation_s']:.0f} s; "
-        f"adapter training counted separately: {times['train_s']:.0f} s.",
-        "",
-        *[f"![{p}]({p})" for p in plots],
-    ])
-    (out / "results.md").write_text(render_results_md([c.ident() for c in cells], rows,
-                                                      header=header))
+    header = "\n".join(
+        [
+            "Made by `distctl eval-all` (see docs/evaluation.md for the command and the machine).",
+            "",
+            f"Generation wall time of the measured cells: {times['generation_s']:.0f} s; "
+            f"adapter training counted separately: {times['train_s']:.0f} s.",
+            "",
+            *[f"![{p}]({p})" for p in plots],
+        ]
+    )
+    (out / "results.md").write_text(
+        render_results_md([c.ident() for c in cells], rows, header=header)
+    )
     return rows
 
 
@@ -282,8 +316,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=str.lower, choices=PARTS, help="core or extended")
     p.add_argument("--datasets", help="comma-separated datasets to run (default all)")
     p.add_argument("--methods", help="comma-separated methods to run (default all)")
-    p.add_argument("--no-train", action="store_true",
-                   help="skip cells whose adapter is missing instead of training it")
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="skip cells whose adapter is missing instead of training it",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/results"))
     return p
 
@@ -292,12 +329,17 @@ def main_all(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
     full = grid(args.rounds, args.story_rounds)
-    chosen = select(full, args.only,
-                    args.datasets.split(",") if args.datasets else None,
-                    args.methods.split(",") if args.methods else None)
+    chosen = select(
+        full,
+        args.only,
+        args.datasets.split(",") if args.datasets else None,
+        args.methods.split(",") if args.methods else None,
+    )
     pending = [c for c in chosen if not is_done(settings, c)]
-    print(f"eval-all: {len(chosen)} cells selected, {len(chosen) - len(pending)} already done, "
-          f"{len(pending)} to run")
+    print(
+        f"eval-all: {len(chosen)} cells selected, {len(chosen) - len(pending)} already done, "
+        f"{len(pending)} to run"
+    )
 
     # Training before the engine starts: the two would compete for the same cores and memory.
     adapters: dict[str, tuple[AdapterVersion, float]] = {}
@@ -316,8 +358,10 @@ def main_all(argv: Sequence[str] | None = None) -> int:
     if runnable:
         failed += asyncio.run(_run_with_engine(settings, runnable, adapters))
     rows = write_results(settings, full, args.out)
-    print(f"eval-all: {len(rows)} of {len(full)} cells measured -> {args.out}/results.md"
-          + (f"; {len(failed)} failed (error.json in their state folders)" if failed else ""))
+    print(
+        f"eval-all: {len(rows)} of {len(full)} cells measured -> {args.out}/results.md"
+        + (f"; {len(failed)} failed (error.json in their state folders)" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -329,8 +373,8 @@ async def _run_with_engine(
 
     engine = build_engine(settings)
     try:
-        return await run_cells(settings, cells, adapters,
-                               Generator(engine, load_tokenizer(settings)))
+        return await run_cells(
+            settings, cells, adapters, Generator(engine, load_tokenizer(settings))
+        )
     finally:
         engine.shutdown()
-

@@ -171,12 +171,20 @@ def plot_report(report: Mapping[str, Any], out: Path) -> list[str]:
     x = range(len(occ))
     width = max(6.0, 0.45 * len(occ))
 
-    fig, axes = plt.subplots(len(classes), 1, figsize=(width, 2.2 * len(classes) + 1.5),
-                             sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(classes), 1, figsize=(width, 2.2 * len(classes) + 1.5), sharex=True, squeeze=False
+    )
     for ax, cls in zip(axes[:, 0], classes, strict=True):
         ax.bar(x, [o["shares"][cls] for o in occ], color="tab:blue", label="observed")
-        ax.scatter(x, [o["target"][cls] for o in occ], color="black", marker="_", s=300,
-                   zorder=3, label="target")
+        ax.scatter(
+            x,
+            [o["target"][cls] for o in occ],
+            color="black",
+            marker="_",
+            s=300,
+            zorder=3,
+            label="target",
+        )
         ax.set_ylim(0, 1)
         ax.set_ylabel(cls if len(cls) < 16 else cls[:14] + "…")
     axes[0, 0].legend(loc="upper right", fontsize=8)
@@ -190,8 +198,13 @@ def plot_report(report: Mapping[str, Any], out: Path) -> list[str]:
     maes = [o["mae"] for o in occ]
     err = [[o["mae"] - o["mae_ci"][0] for o in occ], [o["mae_ci"][1] - o["mae"] for o in occ]]
     ax.bar(x, maes, yerr=err, capsize=2, color="tab:orange", label="MAE (95% CI)")
-    ax.plot(list(x), [o["noise_floor"] for o in occ], color="black", linestyle="--",
-            label="iid noise floor")
+    ax.plot(
+        list(x),
+        [o["noise_floor"] for o in occ],
+        color="black",
+        linestyle="--",
+        label="iid noise floor",
+    )
     ax.set_xticks(list(x), labels, rotation=75, ha="right", fontsize=7)
     ax.set_ylabel("MAE")
     ax.legend(fontsize=8)
@@ -269,7 +282,7 @@ def render_results_md(
     lines += [
         "MAE (fraction; lower is better) with its seeded bootstrap 95% CI, mean over occupations. "
         "The noise floor row is the MAE an ideal iid sampler of each dataset's targets scores at "
-        "the same N: a method at the floor is as calibrated as sampling can show. \"missing\": "
+        'the same N: a method at the floor is as calibrated as sampling can show. "missing": '
         "the cell is part of the grid but has not been run.",
         "",
     ]
@@ -337,8 +350,7 @@ def _secondary_table(
             cols.append(
                 ""
                 if r is None
-                else f"{_fmt(r['kl'])} / {_fmt(r['invalid_rate'], 2)} / "
-                f"{_fmt(r['consistency'], 2)}"
+                else f"{_fmt(r['kl'])} / {_fmt(r['invalid_rate'], 2)} / {_fmt(r['consistency'], 2)}"
             )
         lines.append(f"| {label} | " + " | ".join(cols) + " |")
     return [*lines, ""]
@@ -408,8 +420,15 @@ def plot_results(
                             hi.append(r["mae_ci"][1] - r["mae"])
                 ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=label)
             floors = {r["dataset"]: r["noise_floor"] for r in rows}
-            ax.scatter(range(len(datasets)), [floors[d] for d in datasets], color="black",
-                       marker="_", s=600, zorder=3, label="iid noise floor")
+            ax.scatter(
+                range(len(datasets)),
+                [floors[d] for d in datasets],
+                color="black",
+                marker="_",
+                s=600,
+                zorder=3,
+                label="iid noise floor",
+            )
             ax.set_xticks(range(len(datasets)), datasets, fontsize=8)
             ax.set_ylabel("MAE")
             ax.set_title(f"{task} task, N = {n}")
@@ -433,8 +452,13 @@ def _plot_real_world_shares(plt, shares: Mapping[str, Mapping[str, Any]], out: P
     order = sorted(range(len(occ)), key=lambda i: occ[i]["target"][cls])
     names = [_label(occ[i]) for i in order]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(occ)), 5))
-    ax.plot(range(len(order)), [occ[i]["target"][cls] for i in order], color="black",
-            linewidth=2, label="target (real world)")
+    ax.plot(
+        range(len(order)),
+        [occ[i]["target"][cls] for i in order],
+        color="black",
+        linewidth=2,
+        label="target (real world)",
+    )
     for label, report in shares.items():
         by_name = {_label(o): o for o in report["per_occupation"]}
         ys = [by_name[n]["shares"][cls] if n in by_name else math.nan for n in names]

@@ -9,19 +9,38 @@ from trainer.evaluate import evaluate, make_config, save
 
 pytestmark = pytest.mark.integration
 
-ROW_FIELDS = ["dataset", "task", "method", "mode", "adapter", "prompt", "occupation", "country",
-              "attribute", "target", "assigned", "extracted", "text", "seed"]
+ROW_FIELDS = [
+    "dataset",
+    "task",
+    "method",
+    "mode",
+    "adapter",
+    "prompt",
+    "occupation",
+    "country",
+    "attribute",
+    "target",
+    "assigned",
+    "extracted",
+    "text",
+    "seed",
+]
 
 
 @pytest.mark.timeout(600)
 async def test_zero_shot_evaluation_end_to_end(generator, tmp_path):
-    config = make_config(method="zero-shot", dataset="gender-us-uniform", rounds=4,
-                         limit_occupations=2, seed=5)
+    config = make_config(
+        method="zero-shot", dataset="gender-us-uniform", rounds=4, limit_occupations=2, seed=5
+    )
     result = await evaluate(generator, config, progress=False)
     save(result, tmp_path)
 
     assert {p.name for p in tmp_path.iterdir()} == {
-        "generations.jsonl", "report.json", "report.md", "shares.png", "mae.png"
+        "generations.jsonl",
+        "report.json",
+        "report.md",
+        "shares.png",
+        "mae.png",
     }
     rows = [json.loads(line) for line in (tmp_path / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 8
@@ -42,15 +61,20 @@ async def test_zero_shot_evaluation_end_to_end(generator, tmp_path):
     assert len(report["per_occupation"]) == 2
 
 
-
 @pytest.mark.timeout(600)
 async def test_adapter_evaluation_appends_to_the_manifest(generator, make_adapter, tmp_path):
     from distctl.generation import LoraAdapter
     from distctl.manifest import read_manifest
 
     version = make_adapter("eval-it-ours", scale=0.01)  # near the base model: a random LoRA
-    config = make_config(method="ours", dataset="gender-us-uniform", adapter=version.path,
-                         rounds=4, limit_occupations=1, mode="exact")
+    config = make_config(
+        method="ours",
+        dataset="gender-us-uniform",
+        adapter=version.path,
+        rounds=4,
+        limit_occupations=1,
+        mode="exact",
+    )
     # an id no other integration test uses: the engine keys loaded adapters by it
     lora = LoraAdapter.from_version(version)
     result = await evaluate(generator, config, lora=lora, progress=False)

@@ -38,9 +38,15 @@ class CountingEngine:
 
 
 def spec(**kw: Any) -> GenerationSpec:
-    base: dict[str, Any] = dict(prompt=NURSES, attribute=GENDER,
-                                target=resolve_target(GENDER, "uniform"), n=6,
-                                mode=Mode.SAMPLED, seed=11, max_tokens=5)
+    base: dict[str, Any] = dict(
+        prompt=NURSES,
+        attribute=GENDER,
+        target=resolve_target(GENDER, "uniform"),
+        n=6,
+        mode=Mode.SAMPLED,
+        seed=11,
+        max_tokens=5,
+    )
     base.update(kw)
     return GenerationSpec(**base)
 

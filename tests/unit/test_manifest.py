@@ -21,10 +21,17 @@ from distctl.manifest import (
 
 def manifest(method: str = "ours") -> Manifest:
     return Manifest(
-        base_model="m", base_model_sha256="0" * 64, dataset="gender-us-uniform", country="us",
-        attribute="gender", classes=["male", "female"], digit_tokens=["0", "1"],
-        task="attribute", target=TargetRecord(kind="uniform", values={"male": 0.5, "female": 0.5}),
-        method=method, seed=42,
+        base_model="m",
+        base_model_sha256="0" * 64,
+        dataset="gender-us-uniform",
+        country="us",
+        attribute="gender",
+        classes=["male", "female"],
+        digit_tokens=["0", "1"],
+        task="attribute",
+        target=TargetRecord(kind="uniform", values={"male": 0.5, "female": 0.5}),
+        method=method,
+        seed=42,
     )
 
 
