@@ -255,3 +255,20 @@ def load_prompt_rows(path: str | Path) -> list[PromptRow]:
             except ValidationError as e:
                 raise _row_error(number, e) from None
     return rows
+
+
+def load_prompt_file(path: str | Path) -> tuple[list[PromptRow], str, str]:
+    """The rows of a prompt file that one adapter or one evaluation uses, with the attribute
+    and task they must all share."""
+    rows = load_prompt_rows(path)
+    if not rows:
+        raise DistctlError(f"{path} has no prompt rows", field="prompts")
+    attributes = {r.attribute for r in rows}
+    tasks = {r.task for r in rows}
+    if len(attributes) > 1 or len(tasks) > 1:
+        raise DistctlError(
+            f"{path}: all rows must share one attribute and one task; found attributes "
+            f"{sorted(attributes)} and tasks {sorted(tasks)}",
+            field="prompts",
+        )
+    return rows, attributes.pop(), tasks.pop()

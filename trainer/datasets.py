@@ -29,7 +29,7 @@ from distctl.codec import SteeringCodec
 from distctl.datasets import get_dataset
 from distctl.errors import DistctlError
 from distctl.extract import extract
-from distctl.prompts import load_prompt_rows, paraphrases, render
+from distctl.prompts import load_prompt_file, paraphrases, render
 from distctl.quota import allocate
 from distctl.targets import Target
 
@@ -103,23 +103,13 @@ def dataset_sources(name: str, task: str, rows_per_occupation: int) -> list[Prom
 def custom_sources(path: Path, rows_per_prompt: int) -> tuple[list[PromptSource], str, str]:
     """The prompt rows of a JSONL file, each repeated `rows_per_prompt` times, with the one
     attribute and task they must share (an adapter steers one attribute)."""
-    rows = load_prompt_rows(path)
-    if not rows:
-        raise DistctlError(f"{path} has no prompt rows", field="prompts")
-    attributes = {r.attribute for r in rows}
-    tasks = {r.task for r in rows}
-    if len(attributes) > 1 or len(tasks) > 1:
-        raise DistctlError(
-            f"{path}: all rows of one adapter must share an attribute and a task; found "
-            f"attributes {sorted(attributes)} and tasks {sorted(tasks)}",
-            field="prompts",
-        )
+    rows, attribute, task = load_prompt_file(path)
     sources = [
         PromptSource(r.prompt, r.resolved_target(), r.occupation, r.country)
         for r in rows
         for _ in range(rows_per_prompt)
     ]
-    return sources, attributes.pop(), tasks.pop()
+    return sources, attribute, task
 
 
 def build_rows(

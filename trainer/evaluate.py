@@ -26,7 +26,7 @@ from distctl.attributes import Attribute, check_task, get_attribute
 from distctl.datasets import DATASETS, get_dataset
 from distctl.errors import DistctlError
 from distctl.manifest import AdapterVersion, append_eval, read_manifest
-from distctl.prompts import load_prompt_rows, paraphrases, prompt_engineering, render
+from distctl.prompts import load_prompt_file, paraphrases, prompt_engineering, render
 from distctl.targets import Target
 from trainer.report import score, write_report
 
@@ -145,18 +145,8 @@ def dataset_items(
 
 def prompt_file_items(path: Path, method: str, rounds: int) -> tuple[list[EvalItem], str, str]:
     """Items from a JSONL file of prompt rows; returns (items, attribute, task)."""
-    rows = load_prompt_rows(path)
-    if not rows:
-        raise DistctlError(f"{path} has no prompt rows", field="prompts")
-    attributes = {r.attribute for r in rows}
-    tasks = {r.task for r in rows}
-    if len(attributes) > 1 or len(tasks) > 1:
-        raise DistctlError(
-            "one evaluation scores one attribute and task; the file mixes "
-            f"{sorted(attributes)} / {sorted(tasks)}",
-            field="prompts",
-        )
-    attribute = get_attribute(attributes.pop())
+    rows, attribute_name, task = load_prompt_file(path)
+    attribute = get_attribute(attribute_name)
     items = []
     for number, row in enumerate(rows, start=1):
         target = row.resolved_target()
@@ -165,7 +155,7 @@ def prompt_file_items(path: Path, method: str, rounds: int) -> tuple[list[EvalIt
         occupation = row.occupation or f"row {number}"
         prompt = _stated(method, row.prompt, attribute, target)
         items.append(EvalItem(prompt, target, rounds, occupation, row.country))
-    return items, attribute.name, tasks.pop()
+    return items, attribute.name, task
 
 
 def make_config(

@@ -102,7 +102,7 @@ def test_custom_rows_must_share_attribute(tmp_path):
         + json.dumps({"prompt": "b", "attribute": "sentiment", "target": "uniform"})
         + "\n"
     )
-    with pytest.raises(DistctlError, match="share an attribute"):
+    with pytest.raises(DistctlError, match="share one attribute"):
         ds.custom_sources(path, 2)
 
 
