@@ -11,6 +11,7 @@ import pytest
 
 from distctl.attributes import get_attribute
 from distctl.basemodel import prepare_base_model
+from distctl.codec import SteeringCodec
 from distctl.config import Settings
 from distctl.generation import Generation, GenerationSpec, Generator, LoraAdapter, Mode
 from distctl.occupations import get_occupation
@@ -53,6 +54,11 @@ def spec(**kw: Any) -> GenerationSpec:
 
 async def collect(generator: Generator, s: GenerationSpec) -> list[Generation]:
     return [g async for g in generator.run(s)]
+
+
+def test_steering_digits_are_single_tokens(tokenizer: Any) -> None:
+    codec = SteeringCodec(tokenizer, "race")
+    assert [tokenizer.decode([t]) for t in codec.token_ids] == ["0", "1", "2", "3", "4"]
 
 
 def test_prepare_is_idempotent(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,3 @@
-import os
-from pathlib import Path
-
 import pytest
 
 from distctl.codec import SteeringCodec
@@ -53,17 +50,3 @@ def test_refuses_multi_token_digit() -> None:
 def test_refuses_shared_ids() -> None:
     with pytest.raises(DistctlError, match="same token id"):
         SteeringCodec(FakeTokenizer(alias={"0": 7, "1": 7}), "gender")
-
-
-_MODEL = os.environ.get("DISTCTL_MODEL")
-
-
-@pytest.mark.skipif(
-    not (_MODEL and (Path(_MODEL) / "tokenizer_config.json").exists()),
-    reason="no prepared model folder in DISTCTL_MODEL",
-)
-def test_real_tokenizer() -> None:
-    transformers = pytest.importorskip("transformers")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(_MODEL)
-    codec = SteeringCodec(tokenizer, "race")
-    assert tokenizer.decode([codec.token_id("asian")]) == "3"
