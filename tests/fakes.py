@@ -133,5 +133,9 @@ class FakeEngine:
                     cut = len(answer) * step // self.chunks, len(answer) * (step + 1) // self.chunks
                     pieces.append(Completion(j, answer[cut[0] : cut[1]], "stop" if last else None))
                 yield Output(request_id, pieces, last)
+        except (asyncio.CancelledError, GeneratorExit):
+            # as AsyncLLM.generate does: a consumer that goes away aborts its request
+            await self.abort(request_id)
+            raise
         finally:
             self.running.discard(request_id)
