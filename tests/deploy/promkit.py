@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,29 @@ class Prometheus:
         return self.log.read_text(errors="replace")[-n:]
 
 
+def wait_ready(
+    process: subprocess.Popen,
+    url: str,
+    timeout: float,
+    log_tail: Callable[[], str],
+    interval: float = 1.0,
+) -> None:
+    """Poll `url` until it answers 200; fail with the log if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, (
+            f"{url}: process exited ({process.returncode}):\n{log_tail()}"
+        )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        assert time.monotonic() < deadline, f"{url} not 200 in {timeout:.0f}s:\n{log_tail()}"
+        time.sleep(interval)
+
+
 @contextlib.contextmanager
 def run_prometheus(workdir: Path, target: str, scrape_interval: str = "1s") -> Iterator[Prometheus]:
     """Starts Prometheus on a free loopback port with the project's config (adapted) and rules,
@@ -184,17 +207,7 @@ def run_prometheus(workdir: Path, target: str, scrape_interval: str = "1s") -> I
         )
     prom = Prometheus(f"http://127.0.0.1:{port}", process, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"prometheus exited:\n{prom.log_tail()}"
-            try:
-                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{prom.log_tail()}"
-            time.sleep(0.2)
+        wait_ready(process, f"{prom.url}/-/ready", 60, prom.log_tail, interval=0.2)
         yield prom
     finally:
         process.terminate()

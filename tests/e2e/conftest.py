@@ -14,15 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.promkit import Prometheus, find_free_port, run_prometheus
+from tests.deploy.promkit import Prometheus, find_free_port, run_prometheus, wait_ready
 
 SERVICE_API_KEY = "e2e-test-key-not-secret"
 READY_TIMEOUT_S = 180
@@ -76,17 +73,7 @@ def service_url(tmp_path_factory) -> Iterator[str]:
         return log.read_text(errors="replace")[-6000:]
 
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"distctl serve exited ({process.returncode}):\n{tail()}"
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert time.monotonic() < deadline, f"/readyz not 200 in {READY_TIMEOUT_S}s:\n{tail()}"
-            time.sleep(1)
+        wait_ready(process, f"{url}/readyz", READY_TIMEOUT_S, tail)
         yield url
     finally:
         if process.poll() is None:
