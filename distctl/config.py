@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         default="auto",
         description="engine weights dtype; auto = float32 on CPU, the model's own on GPU",
     )
+    cpu_reserved_cores: int = Field(
+        default=0,
+        ge=0,
+        description="CPU cores vLLM keeps free of its compute threads (it reserves 1 by default)",
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:
