@@ -30,7 +30,8 @@ class HParams:
     lr: float = 1e-3  # stage 1, IFT
     stage2_lr: float = 4e-4  # stage 2 (KTO + KL), DPO
     batch_size: int = 8  # prompt groups per step
-    epochs: int = 3  # per stage: ~13 min for a 14-occupation dataset on 2 cores (docs/training.md)
+    # per stage; 3 left the steering KL unconverged (0.16), 8 reached 0.01 (docs/training.md)
+    epochs: int = 8
     max_steps: int = 0  # per stage; 0: no bound beyond epochs
     warmup_steps: int = 150  # warm-up is min(warmup_steps, warmup_ratio x stage steps)
     warmup_ratio: float = 0.1
