@@ -147,6 +147,13 @@ def render_report_md(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ci_bar(value: float, ci: Sequence[float]) -> tuple[float, float]:
+    """Error-bar lengths below and above `value`. The MAE is bounded by 0 and resampling only
+    adds noise to it, so near an exact result (exact mode's quotas are not iid draws) the
+    bootstrap interval can lie wholly above the point estimate; the bar then starts at it."""
+    return max(0.0, value - ci[0]), max(0.0, ci[1] - value)
+
+
 def _pyplot():
     import matplotlib
 
@@ -196,7 +203,7 @@ def plot_report(report: Mapping[str, Any], out: Path) -> list[str]:
 
     fig, ax = plt.subplots(figsize=(width, 4.5))
     maes = [o["mae"] for o in occ]
-    err = [[o["mae"] - o["mae_ci"][0] for o in occ], [o["mae_ci"][1] - o["mae"] for o in occ]]
+    err = list(zip(*(ci_bar(o["mae"], o["mae_ci"]) for o in occ), strict=True))
     ax.bar(x, maes, yerr=err, capsize=2, color="tab:orange", label="MAE (95% CI)")
     ax.plot(
         list(x),
@@ -416,8 +423,9 @@ def plot_results(
                         if r["dataset"] == d and _method_label(r) == label:
                             xs.append(j + (i - (len(labels) - 1) / 2) * width)
                             ys.append(r["mae"])
-                            lo.append(r["mae"] - r["mae_ci"][0])
-                            hi.append(r["mae_ci"][1] - r["mae"])
+                            below, above = ci_bar(r["mae"], r["mae_ci"])
+                            lo.append(below)
+                            hi.append(above)
                 ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=label)
             floors = {r["dataset"]: r["noise_floor"] for r in rows}
             ax.scatter(

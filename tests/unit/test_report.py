@@ -8,6 +8,8 @@ import pytest
 from distctl.errors import DistctlError
 from trainer.report import (
     RESULT_FIELDS,
+    ci_bar,
+    plot_results,
     render_report_md,
     render_results_md,
     result_row,
@@ -186,3 +188,18 @@ def test_results_md_names_missing_cells_and_never_fills_them():
     assert "d2 / attribute / zero-shot / N = 100" in missing
     assert "d2 / attribute / ours (exact) / N = 100" in missing
     assert "d1 / attribute / zero-shot" not in missing
+
+
+def test_a_ci_wholly_above_its_mae_plots_from_the_point():
+    # exact mode: the quotas hit the target, the iid bootstrap only adds error (seen: MAE 0.008,
+    # CI [0.022, 0.049])
+    assert ci_bar(0.008, [0.022, 0.049]) == pytest.approx((0.0, 0.041))
+    assert ci_bar(0.2, [0.15, 0.3]) == pytest.approx((0.05, 0.1))
+
+
+def test_results_plot_accepts_such_a_cell(tmp_path):
+    report = score(synthetic_rows(), seed=1)
+    exact = {**report, "overall": {**report["overall"], "mae": 0.001, "mae_ci": [0.02, 0.05]}}
+    rows = [result_row(_cell("d1", "ours", "exact"), exact), result_row(_cell("d1", "ift"), report)]
+    files = plot_results(rows, tmp_path)
+    assert files and all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in files)
