@@ -294,14 +294,16 @@ def write_results(settings: Settings, cells: Sequence[Cell], out: Path) -> list[
 def _timing(settings: Settings, cells: Sequence[Cell]) -> dict[str, float]:
     import json
 
-    gen = train = 0.0
+    gen = 0.0
+    train: dict[str, float] = {}  # per adapter: cells that share one count its training once
     for cell in cells:
         path = cell_dir(settings, cell) / "state.json"
         if path.is_file():
             state = json.loads(path.read_text())
             gen += state.get("generation_s") or 0.0
-            train += state.get("adapter_train_s") or 0.0
-    return {"generation_s": gen, "train_s": train}
+            if state.get("adapter"):
+                train[state["adapter"]] = state.get("adapter_train_s") or 0.0
+    return {"generation_s": gen, "train_s": sum(train.values())}
 
 
 def parser() -> argparse.ArgumentParser:

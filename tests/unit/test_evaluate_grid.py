@@ -169,3 +169,17 @@ def test_eval_all_records_a_cell_it_cannot_run(home, tmp_path, monkeypatch):
     assert error["stage"] == "train" and "missing" in error["error"]
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert [r["method"] for r in results] == ["zero-shot"]
+
+
+def test_timing_counts_a_shared_adapters_training_once(home):
+    settings = Settings()
+    cells = [
+        grid.Cell("gender-us-real", "attribute", "ours", mode, "assistant", 2, "core")
+        for mode in ("calibrated", "exact")
+    ]
+    for cell, gen in zip(cells, (10.0, 20.0), strict=True):
+        folder = grid.cell_dir(settings, cell)
+        folder.mkdir(parents=True)
+        state = {"adapter": "/a/ours/v1", "adapter_train_s": 300.0, "generation_s": gen}
+        (folder / "state.json").write_text(json.dumps(state))
+    assert grid._timing(settings, cells) == {"generation_s": 30.0, "train_s": 300.0}
