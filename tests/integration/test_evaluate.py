@@ -5,26 +5,10 @@ import json
 
 import pytest
 
+from tests.unit.test_evaluate_run import ROW_FIELDS
 from trainer.evaluate import evaluate, make_config, save
 
 pytestmark = pytest.mark.integration
-
-ROW_FIELDS = [
-    "dataset",
-    "task",
-    "method",
-    "mode",
-    "adapter",
-    "prompt",
-    "occupation",
-    "country",
-    "attribute",
-    "target",
-    "assigned",
-    "extracted",
-    "text",
-    "seed",
-]
 
 
 @pytest.mark.timeout(600)

@@ -13,6 +13,24 @@ from distctl.manifest import Manifest, TargetRecord, read_manifest, write_adapte
 from distctl.prompts import paraphrases, render
 from trainer import evaluate as ev
 
+# the columns of generations.jsonl, in order (issue #4)
+ROW_FIELDS = [
+    "dataset",
+    "task",
+    "method",
+    "mode",
+    "adapter",
+    "prompt",
+    "occupation",
+    "country",
+    "attribute",
+    "target",
+    "assigned",
+    "extracted",
+    "text",
+    "seed",
+]
+
 
 @dataclass
 class FakeRun:
@@ -182,22 +200,7 @@ async def test_evaluate_on_a_fake_generator_writes_every_field(tmp_path):
     assert all(r.closed for r in gen.runs)
     assert len(result.rows) == 15
     first = result.rows[0]
-    assert list(first) == [
-        "dataset",
-        "task",
-        "method",
-        "mode",
-        "adapter",
-        "prompt",
-        "occupation",
-        "country",
-        "attribute",
-        "target",
-        "assigned",
-        "extracted",
-        "text",
-        "seed",
-    ]
+    assert list(first) == ROW_FIELDS
     assert first["seed"] == gen.specs[0].seed  # index order, not finishing order
     overall = result.report["overall"]
     assert overall["n"] == 15 and overall["n_rounds"] == 5 and overall["occupations"] == 3
