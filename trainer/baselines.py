@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from trainer.datasets import Group, PackedBatch
 from trainer.hybrid import Reference, frozen_reference
 from trainer.losses import dpo_loss
-from trainer.sft import Runtime, StepLoss, forward, train_stage
+from trainer.sft import Runtime, StepLoss, StepOutput, forward, train_stage
 
 CHOSEN, REJECTED = 0, 1
 
 
 def dpo_step(rt: Runtime, ref: Reference) -> StepLoss:
-    def step(batch: PackedBatch, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(batch: PackedBatch, indices: list[int]) -> StepOutput:
         logps = forward(rt, batch).logps
         reference = ref.logps[indices].to(logps.device)
         loss = dpo_loss(
@@ -31,7 +29,7 @@ def dpo_step(rt: Runtime, ref: Reference) -> StepLoss:
             reference[:, REJECTED],
             beta=rt.hp.beta,
         )
-        return loss, {}
+        return StepOutput(loss, float(len(indices)), {})
 
     return step
 

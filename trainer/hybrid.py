@@ -16,7 +16,15 @@ import torch
 
 from trainer.datasets import Group, PackedBatch, pack
 from trainer.losses import kto_loss
-from trainer.sft import Checkpoint, Runtime, StepLoss, forward, steering_metrics, train_stage
+from trainer.sft import (
+    Checkpoint,
+    Runtime,
+    StepLoss,
+    StepOutput,
+    forward,
+    steering_metrics,
+    train_stage,
+)
 
 # completion slots of a stage-2 group (trainer.datasets.kto_groups)
 DESIRABLE, UNDESIRABLE, MISMATCHED = 0, 1, slice(2, 4)
@@ -60,7 +68,7 @@ def hybrid_step(rt: Runtime, ref: Reference | None, kto: bool, kl: bool) -> Step
     hp = rt.hp
     ref_rewards = None if ref is None else ref.reward_logps(hp.reward_includes_digit)
 
-    def step(batch: PackedBatch, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(batch: PackedBatch, indices: list[int]) -> StepOutput:
         scores = forward(rt, batch)
         kl_term, metrics = steering_metrics(scores, batch)
         loss = hp.kl_weight * kl_term if kl else torch.zeros((), device=kl_term.device)
@@ -82,7 +90,8 @@ def hybrid_step(rt: Runtime, ref: Reference | None, kto: bool, kl: bool) -> Step
             )
             loss = loss + hp.kto_weight * out.loss
             metrics |= {"kto": out.loss.item(), "z0": out.z0.item()}
-        return loss, metrics
+        # both terms are means over the groups (KTO's over their two rows each)
+        return StepOutput(loss, float(len(indices)), metrics)
 
     return step
 

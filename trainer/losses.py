@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.datasets import PackedBatch
+from trainer.parallel import global_mean
 
 
 @dataclass
@@ -120,10 +121,11 @@ def kto_loss(
 
     reward r = beta * (log pi(y|x) - log pi_ref(y|x)); reference point
     z0 = max(0, mean over the batch's mismatched pairs of beta * (log pi - log pi_ref)), with no
-    gradient; desirable loss 1 - sigmoid(r - z0), undesirable loss 1 - sigmoid(z0 - r); the loss
-    is the weighted mean over all desirable and undesirable examples.
+    gradient (pooled over the processes of a data-parallel run); desirable loss
+    1 - sigmoid(r - z0), undesirable loss 1 - sigmoid(z0 - r); the loss is the weighted mean
+    over all desirable and undesirable examples.
     """
-    z0 = (beta * (mismatched_logps - mismatched_ref)).mean().clamp(min=0).detach()
+    z0 = global_mean(beta * (mismatched_logps - mismatched_ref)).clamp(min=0)
     r_des = beta * (desirable_logps - desirable_ref)
     r_und = beta * (undesirable_logps - undesirable_ref)
     losses = torch.cat(

@@ -6,9 +6,10 @@ showing the loss and the steering KL, curves appended per step, and a checkpoint
 `checkpoint_every` steps so that an interrupted run resumes where it stopped.
 
 Devices: CUDA with bf16 autocast when a GPU is there, CPU otherwise. Under `torchrun` or
-`accelerate launch` each process scores its share of every batch's groups and the LoRA gradients
-are averaged across processes before the step (data parallel without wrapping the model, since
-`score` calls the decoder directly).
+`accelerate launch` each process scores its share of every batch's groups and the gradients are
+summed across processes so that the step is the one a single process would take
+(`trainer.parallel`; data parallel without wrapping the model, since `score` calls the decoder
+directly).
 """
 
 from __future__ import annotations
@@ -21,15 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from trainer import parallel
 from trainer.datasets import Group, PackedBatch, batches, pack
 from trainer.hparams import HParams
 from trainer.losses import Scores, digit_stats, score, sft_loss, steering_kl
 
-# (packed batch, indices of its groups in the stage's group list) -> (loss, extra metrics)
-StepLoss = Callable[[PackedBatch, list[int]], tuple[torch.Tensor, dict[str, float]]]
+
+@dataclass
+class StepOutput:
+    """One process's loss on its share of a batch."""
+
+    loss: torch.Tensor  # a mean over the share
+    weight: float  # that mean's denominator: completion tokens (SFT) or groups
+    metrics: dict[str, float]  # means over the share's groups
+
+
+# (packed batch, indices of its groups in the stage's group list) -> its loss
+StepLoss = Callable[[PackedBatch, list[int]], StepOutput]
 
 
 @dataclass
@@ -49,14 +60,8 @@ class Runtime:
         return next(self.model.parameters()).device
 
     @property
-    def world(self) -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
-
-    @property
     def is_main(self) -> bool:
-        return self.world[0] == 0
+        return parallel.world()[0] == 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":
@@ -109,10 +114,11 @@ class Checkpoint:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=False)
         value = make()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(value, tmp)
-        tmp.replace(path)
+        if parallel.world()[0] == 0:  # every process made the same value; one writes it
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(value, tmp)
+            tmp.replace(path)
         return value
 
 
@@ -167,7 +173,7 @@ def train_stage(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = state["step"]
-    rank, world = rt.world
+    rank, size = parallel.world()
     rt.model.train()
     bar = tqdm(
         total=steps,
@@ -177,19 +183,27 @@ def train_stage(
         dynamic_ncols=True,
     )
     for step in range(start, steps):
-        indices = plan[step][rank::world]
-        batch_groups = [groups[i] for i in indices]
-        loss, metrics = step_loss(pack(batch_groups, rt.pad_id).to(rt.device), indices)
+        mine = plan[step][rank::size]
+        # a process left without a share (a short last batch) still runs a forward pass, at
+        # weight 0, so that every process reduces the same tensors
+        indices = mine or plan[step][:1]
+        out = step_loss(pack([groups[i] for i in indices], rt.pad_id).to(rt.device), indices)
+        weight, share = (out.weight, float(len(mine))) if mine else (0.0, 0.0)
+        keys = sorted(out.metrics)
+        totals = parallel.all_sum(
+            torch.tensor(
+                [out.loss.item() * weight, weight, share] + [out.metrics[k] * share for k in keys],
+                dtype=torch.float64,
+            )
+        ).tolist()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        (out.loss * (weight / totals[1])).backward()
+        parallel.sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, hp.grad_clip)
         optimizer.step()
         scheduler.step()
-        value = loss.item()
+        value = totals[0] / totals[1]
+        metrics = {k: v / totals[2] for k, v in zip(keys, totals[3:], strict=True)}
         _log(rt, stage_index, value, metrics)
         bar.update(1)
         bar.set_postfix(
@@ -232,10 +246,10 @@ def forward(rt: Runtime, batch: PackedBatch) -> Scores:
 def sft_step(rt: Runtime) -> StepLoss:
     """Stage 1 and IFT: next-token loss on the completion (digit + text, or plain text)."""
 
-    def step(batch: PackedBatch, indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(batch: PackedBatch, indices: list[int]) -> StepOutput:
         scores = forward(rt, batch)
         metrics = steering_metrics(scores, batch)[1] if rt.digit_ids is not None else {}
-        return sft_loss(scores), metrics
+        return StepOutput(sft_loss(scores), float(scores.tokens.sum()), metrics)
 
     return step
 

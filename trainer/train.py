@@ -29,6 +29,7 @@ from distctl.manifest import Manifest, OccupationTarget, TargetRecord
 from distctl.prompts import paraphrases, render
 from distctl.targets import Target, same_target, target_kind
 from trainer import datasets as ds
+from trainer import parallel
 from trainer.baselines import run_dpo
 from trainer.export import export, package_versions
 from trainer.hparams import HParams, add_flags, from_args
@@ -329,21 +330,19 @@ def run_id(job: Job, hp: HParams, model_sha: str, destination: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _init_distributed() -> None:
-    import os
-
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     hp = from_args(args)
     settings = Settings()
     folder = require_model(settings)
-    _init_distributed()
+    parallel.init()
+    try:
+        return _train(args, hp, settings, folder)
+    finally:
+        parallel.finish()
+
+
+def _train(args: argparse.Namespace, hp: HParams, settings: Settings, folder: Path) -> int:
     job = resolve_job(args, hp)
 
     from transformers import AutoTokenizer
@@ -351,9 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     enc = ds.Encoder(tokenizer, job.attribute)
     model_sha = weights_sha256(folder)
-    rows = ds.build_rows(
-        job.sources, job.attribute, text_bank(job, settings, hp, model_sha), hp.seed
-    )
+    with parallel.main_first():  # one process generates the story texts, the others read them
+        bank = text_bank(job, settings, hp, model_sha)
+    rows = ds.build_rows(job.sources, job.attribute, bank, hp.seed)
     device = default_device()
     progress = not args.no_progress
     search_results: list[dict] = []
