@@ -11,7 +11,7 @@ from distctl.attributes import get_attribute
 from distctl.config import Settings
 from distctl.manifest import read_manifest
 from trainer import datasets as ds
-from trainer.hparams import HParams
+from trainer.hparams import HParams, defaults
 from trainer.hybrid import frozen_reference, run_hybrid
 from trainer.losses import score, steering_kl
 from trainer.sft import Checkpoint, Runtime, run_sft, sft_step, train_stage
@@ -215,7 +215,7 @@ def test_train_command_writes_a_complete_adapter(tiny_model_dir, tmp_path, monke
     assert manifest.target.kind == "real_world" and len(manifest.target.per_occupation) == 14
     assert manifest.base_model_sha256 and manifest.seed == 42
     assert set(manifest.package_versions) >= {"torch", "transformers", "peft", "trl", "distctl"}
-    assert manifest.hyperparameters["lr"] == HParams().lr
+    assert manifest.hyperparameters["lr"] == defaults(method).lr
     stages = 2 if method != "ift" else 1
     assert len(manifest.curves["loss"]) == 2 * stages
     if manifest.steering:
@@ -271,6 +271,11 @@ def test_hparams_precedence(tmp_path):
     hp = from_args(args)
     assert (hp.lr, hp.lora_r, hp.batch_size, hp.reward_includes_digit) == (1e-3, 8, 4, False)
     assert hp == replace(HParams(), lr=1e-3, lora_r=8, batch_size=4, reward_includes_digit=False)
+    # a method's own defaults sit under the file and the flags
+    kto = build_parser().parse_args(["--dataset", "d", "--out", "x", "--method", "ours-kto"])
+    assert (from_args(kto).lr, from_args(kto).stage2_lr) == (2.5e-4, 1e-4)
+    args.method = "ours-kto"
+    assert from_args(args).lr == 1e-3 and from_args(args).stage2_lr == 1e-4
 
 
 def test_hparams_errors(tmp_path):
