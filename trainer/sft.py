@@ -103,10 +103,14 @@ class Checkpoint:
         return torch.load(self.path, map_location="cpu", weights_only=False)
 
     def save(self, state: dict[str, Any]) -> None:
+        self._write(self.path, state)
+
+    def _write(self, path: Path, value: Any) -> None:
+        """Write through a temporary file: an interrupted write never leaves a partial file."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(value, tmp)
+        tmp.replace(path)
 
     def artefact(self, name: str, make: Callable[[], Any]) -> Any:
         """Load a stage artefact, or make and store it (once: a resumed stage reuses it)."""
@@ -115,10 +119,7 @@ class Checkpoint:
             return torch.load(path, map_location="cpu", weights_only=False)
         value = make()
         if parallel.world()[0] == 0:  # every process made the same value; one writes it
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(value, tmp)
-            tmp.replace(path)
+            self._write(path, value)
         return value
 
 
