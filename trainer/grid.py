@@ -112,12 +112,14 @@ def select(
     only: str | None = None,
     datasets: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
 ) -> list[Cell]:
     if only is not None and only.lower() not in PARTS:
         raise DistctlError(f"--only must be core or extended, not {only!r}", field="only")
     for name, wanted, known in (
         ("dataset", datasets, ALL_DATASETS),
         ("method", methods, {c.method for c in cells}),
+        ("task", tasks, {c.task for c in cells}),
     ):
         unknown = set(wanted or ()) - set(known)
         if unknown:
@@ -128,6 +130,7 @@ def select(
         if (only is None or c.part == only.lower())
         and (not datasets or c.dataset in datasets)
         and (not methods or c.method in methods)
+        and (not tasks or c.task in tasks)
     ]
 
 
@@ -318,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=str.lower, choices=PARTS, help="core or extended")
     p.add_argument("--datasets", help="comma-separated datasets to run (default all)")
     p.add_argument("--methods", help="comma-separated methods to run (default all)")
+    p.add_argument("--tasks", help="comma-separated tasks to run: attribute, story (default both)")
     p.add_argument(
         "--no-train",
         action="store_true",
@@ -336,6 +340,7 @@ def main_all(argv: Sequence[str] | None = None) -> int:
         args.only,
         args.datasets.split(",") if args.datasets else None,
         args.methods.split(",") if args.methods else None,
+        args.tasks.split(",") if args.tasks else None,
     )
     pending = [c for c in chosen if not is_done(settings, c)]
     print(

@@ -50,6 +50,11 @@ def test_select():
     assert len(grid.select(cells, "core")) == 30
     picked = grid.select(cells, None, ["gender-us-real"], ["zero-shot"])
     assert {(c.task, c.n_rounds) for c in picked} == {("attribute", 100), ("story", 30)}
+    # the pass-2 variant without the story cell of the same method and dataset
+    picked = grid.select(cells, "extended", ["gender-us-real"], ["ours"], ["attribute"])
+    assert [(c.task, c.pass2) for c in picked] == [("attribute", "user-turn")]
+    with pytest.raises(DistctlError, match="task"):
+        grid.select(cells, None, tasks=["poem"])
     with pytest.raises(DistctlError):
         grid.select(cells, None, ["nope"])
     with pytest.raises(DistctlError):
