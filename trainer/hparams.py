@@ -39,6 +39,9 @@ class HParams:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    # forward passes under bf16 autocast, weights and optimizer state in fp32; "auto": bf16 on a
+    # GPU that supports it, fp32 on CPU (most CPUs emulate bf16: slower, not faster)
+    precision: str = "auto"  # "auto", "bf16" or "fp32"
     # stage 2
     beta: float = 0.1
     desirable_weight: float = 1.0
@@ -62,6 +65,7 @@ class HParams:
         return asdict(self)
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
 _FIELDS = {f.name: f for f in fields(HParams)}
 
 # where a method's own search chose other values than the shared defaults
@@ -148,5 +152,10 @@ def validate(hp: HParams) -> None:
     for name in ("lr", "stage2_lr", "beta"):
         if getattr(hp, name) <= 0:
             raise DistctlError(f"{name} must be positive", field=name)
+    if hp.precision not in PRECISIONS:
+        raise DistctlError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {hp.precision!r}",
+            field="precision",
+        )
     if hp.max_steps < 0:
         raise DistctlError("max_steps must be >= 0 (0: bounded by epochs only)", "max_steps")

@@ -19,8 +19,16 @@ import torch.distributed as dist
 
 def init() -> None:
     """Join the process group the launcher describes (WORLD_SIZE > 1); no-op otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        # NCCL runs every collective, barriers included, on the process's current device: bind
+        # it to this process's GPU first, or every rank would talk through GPU 0
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
 
 
 def finish() -> None:
@@ -37,10 +45,14 @@ def world() -> tuple[int, int]:
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:
-    """The elementwise sum of `values` over the processes (a new tensor, no gradient)."""
+    """The elementwise sum of `values` over the processes (a new tensor on `values`' device, no
+    gradient)."""
     out = values.detach().clone()
     if world()[1] > 1:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        # NCCL reduces GPU tensors only; the step's totals are built on the CPU
+        wire = out.cuda() if dist.get_backend() == "nccl" else out
+        dist.all_reduce(wire, op=dist.ReduceOp.SUM)
+        out = wire.to(values.device)
     return out
 
 

@@ -5,7 +5,8 @@ min(150 steps, 10% of the stage) then a constant learning rate, gradient clippin
 showing the loss and the steering KL, curves appended per step, and a checkpoint every
 `checkpoint_every` steps so that an interrupted run resumes where it stopped.
 
-Devices: CUDA with bf16 autocast when a GPU is there, CPU otherwise. Under `torchrun` or
+Devices: CUDA when a GPU is there, CPU otherwise; the forward passes run under bf16 autocast
+when `precision` says so ("auto": on a GPU with bf16). Under `torchrun` or
 `accelerate launch` each process scores its share of every batch's groups and the gradients are
 summed across processes so that the step is the one a single process would take
 (`trainer.parallel`; data parallel without wrapping the model, since `score` calls the decoder
@@ -64,9 +65,17 @@ class Runtime:
         return parallel.world()[0] == 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if compute_dtype(self.hp.precision, self.device) == torch.bfloat16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the forward passes for a `precision` setting on `device`."""
+    if precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def default_device() -> torch.device:

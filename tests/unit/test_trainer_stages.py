@@ -2,6 +2,7 @@
 tokenizer (seconds, not minutes)."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -14,7 +15,15 @@ from trainer import datasets as ds
 from trainer.hparams import HParams, defaults
 from trainer.hybrid import frozen_reference, run_hybrid
 from trainer.losses import score, steering_kl
-from trainer.sft import Checkpoint, Runtime, run_sft, sft_step, train_stage
+from trainer.sft import (
+    Checkpoint,
+    Runtime,
+    compute_dtype,
+    forward,
+    run_sft,
+    sft_step,
+    train_stage,
+)
 
 MODEL = Settings().model_path
 pytestmark = pytest.mark.skipif(
@@ -107,11 +116,13 @@ def test_packed_scores_equal_separate_forward_passes(tiny_model_dir, encoder):
 
 def mean_kl(rt, groups):
     with torch.no_grad():
-        s = score(rt.model, ds.pack(groups, rt.pad_id), rt.digit_ids)
+        s = forward(rt, ds.pack(groups, rt.pad_id))
         return steering_kl(s.digit_logps, ds.pack(groups, rt.pad_id).target).item()
 
 
-def test_stage2_lowers_the_steering_kl(tiny_model_dir, encoder):
+# bf16 runs the GPU path's precision through CPU autocast: the same code, another device
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stage2_lowers_the_steering_kl(tiny_model_dir, encoder, precision):
     hp = HParams(
         lr=5e-3,
         stage2_lr=5e-3,
@@ -120,6 +131,7 @@ def test_stage2_lowers_the_steering_kl(tiny_model_dir, encoder):
         max_steps=6,
         target_modules="all-linear",
         warmup_steps=0,
+        precision=precision,
     )
     rt = make_runtime(tiny_model_dir, encoder, hp)
     rows = skewed_rows()
@@ -131,6 +143,42 @@ def test_stage2_lowers_the_steering_kl(tiny_model_dir, encoder):
     assert after < before
     assert rt.curves["stage"].count(2.0) == 6
     assert len(rt.curves["steering_kl"]) == len(rt.curves["loss"]) == 12
+    assert all(math.isfinite(v) for curve in rt.curves.values() for v in curve)
+    # autocast leaves the trained weights (and so AdamW's state) in fp32
+    assert {p.dtype for p in rt.model.parameters() if p.requires_grad} == {torch.float32}
+
+
+def test_bf16_forward_passes_run_in_bf16_and_score_close_to_fp32(tiny_model_dir, encoder):
+    groups = ds.kto_groups(skewed_rows(2), encoder, seed=0)
+    batch = ds.pack(groups, encoder.pad)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        rt = make_runtime(tiny_model_dir, encoder, HParams(precision=precision))
+        seen = []
+        # a matmul's output (the final norm returns fp32 either way)
+        mlp = rt.model.get_base_model().get_decoder().layers[0].mlp
+        hook = mlp.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out.dtype))
+        with torch.no_grad():
+            scores[precision] = forward(rt, batch)
+        hook.remove()
+        assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32]
+    fp32, bf16 = scores["fp32"], scores["bf16"]
+    # the log-softmax is taken in fp32 either way; bf16 only rounds the activations
+    assert bf16.logps.dtype == bf16.digit_logps.dtype == torch.float32
+    assert not torch.equal(bf16.logps, fp32.logps)
+    per_token = (bf16.logps - fp32.logps).abs() / fp32.tokens.clamp(min=1)
+    assert per_token.max().item() < 0.01  # 4e-4 seen
+    assert torch.allclose(bf16.digit_logps, fp32.digit_logps, atol=0.01)
+
+
+def test_precision_auto_is_bf16_only_on_a_gpu_that_has_it(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert compute_dtype("auto", cpu) == compute_dtype("fp32", gpu) == torch.float32
+    assert compute_dtype("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert compute_dtype("auto", gpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert compute_dtype("auto", gpu) == torch.float32
 
 
 def test_reference_is_computed_once_before_stage2_and_reused(tiny_model_dir, encoder, tmp_path):
@@ -280,7 +328,7 @@ def test_hparams_precedence(tmp_path):
 
 def test_hparams_errors(tmp_path):
     from distctl.errors import DistctlError
-    from trainer.hparams import load_yaml
+    from trainer.hparams import load_yaml, validate
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rate: 1\n")
@@ -289,6 +337,9 @@ def test_hparams_errors(tmp_path):
     bad.write_text("lora_r: big\n")
     with pytest.raises(DistctlError, match="lora_r must be int"):
         load_yaml(bad)
+    with pytest.raises(DistctlError, match="precision must be one of auto, bf16, fp32") as err:
+        validate(replace(HParams(), precision="fp16"))
+    assert err.value.field == "precision"
 
 
 def test_warmup_is_the_shorter_of_150_steps_and_a_tenth():
