@@ -321,9 +321,9 @@ def test_hparams_precedence(tmp_path):
     assert hp == replace(HParams(), lr=1e-3, lora_r=8, batch_size=4, reward_includes_digit=False)
     # a method's own defaults sit under the file and the flags
     kto = build_parser().parse_args(["--dataset", "d", "--out", "x", "--method", "ours-kto"])
-    assert (from_args(kto).lr, from_args(kto).stage2_lr) == (2.5e-4, 1e-4)
+    assert (from_args(kto).lr, from_args(kto).stage2_lr) == (1.25e-4, 5e-5)
     args.method = "ours-kto"
-    assert from_args(args).lr == 1e-3 and from_args(args).stage2_lr == 1e-4
+    assert from_args(args).lr == 1e-3 and from_args(args).stage2_lr == 5e-5
 
 
 def test_hparams_errors(tmp_path):
