@@ -225,12 +225,21 @@ def train_method(rt: Runtime, method: str, rows: Sequence[ds.TrainRow], enc: ds.
         run_dpo(rt, 1, ds.dpo_groups(rows, enc))
 
 
-def predicted_shares(
+@dataclass(frozen=True)
+class ImpliedAnswers:
+    """What the model implies for one prompt, by scoring (no sampling)."""
+
+    shares: dict[str, float]  # over the K classes, sums to 1
+    # the probability of answering with exactly one of the canonical answers: the shares are
+    # renormalised over them, so they cannot show mass that leaves them for other texts
+    answer_mass: float
+
+
+def implied_answers(
     rt: Runtime, rows: Sequence[ds.TrainRow], enc: ds.Encoder, steering: bool
-) -> list[dict[str, float]]:
-    """The class distribution the model implies for each row's prompt, by scoring (no sampling):
-    for steering adapters sum_k P(digit k) P(class c | digit k), P(c | k) over the canonical
-    answers of the K classes; for plain models P(c) over the canonical answers."""
+) -> list[ImpliedAnswers]:
+    """For steering adapters P(c) = sum_k P(digit k) P(class c | digit k), P(c | k) over the
+    canonical answers of the K classes; for plain models P(c) over the canonical answers."""
     attr = enc.attribute
     answers = [attr.label(c) for c in attr.classes]
     out = []
@@ -247,26 +256,35 @@ def predicted_shares(
             digits = torch.softmax(scores.digit_logps[0].float(), -1)  # [K]
             given = (scores.logps - scores.first_logps)[0].float().reshape(attr.k, attr.k)
             shares = digits @ torch.softmax(given, -1)
+            mass = digits @ given.exp().sum(-1)
         else:
             shares = torch.softmax(scores.logps[0].float(), -1)
-        out.append(dict(zip(attr.classes, shares.tolist(), strict=True)))
+            mass = scores.logps[0].float().exp().sum()
+        out.append(
+            ImpliedAnswers(dict(zip(attr.classes, shares.tolist(), strict=True)), mass.item())
+        )
     return out
 
 
-def validation_mae(
+def validate(
     rt: Runtime, rows: Sequence[ds.TrainRow], enc: ds.Encoder, steering: bool
-) -> float:
-    """Mean over the validation rows' occupations of the MAE of the implied shares."""
+) -> dict[str, float]:
+    """The mean over the validation rows' occupations of the implied shares' MAE, and the mean
+    canonical-answer mass over the rows."""
     from distctl.metrics import mae
 
     rt.model.eval()
-    per_key: dict[tuple[str | None, str], list[float]] = {}
-    for row, shares in zip(rows, predicted_shares(rt, rows, enc, steering), strict=True):
-        per_key.setdefault((row.country, row.occupation or row.prompt), []).append(
-            mae(row.target, shares)
-        )
+    implied = implied_answers(rt, rows, enc, steering)
     rt.model.train()
-    return sum(sum(v) / len(v) for v in per_key.values()) / len(per_key)
+    per_key: dict[tuple[str | None, str], list[float]] = {}
+    for row, answers in zip(rows, implied, strict=True):
+        per_key.setdefault((row.country, row.occupation or row.prompt), []).append(
+            mae(row.target, answers.shares)
+        )
+    return {
+        "validation_mae": sum(sum(v) / len(v) for v in per_key.values()) / len(per_key),
+        "answer_mass": sum(a.answer_mass for a in implied) / len(implied),
+    }
 
 
 def search(
@@ -299,11 +317,11 @@ def search(
             progress,
         )
         train_method(rt, job.method, train_rows, enc)
-        score = validation_mae(rt, val_rows, enc, job.method in STEERING)
-        results.append({"lr": trial.lr, "stage2_lr": trial.stage2_lr, "validation_mae": score})
+        scores = validate(rt, val_rows, enc, job.method in STEERING)
+        results.append({"lr": trial.lr, "stage2_lr": trial.stage2_lr} | scores)
         print(
-            f"search: lr {trial.lr:.2e} stage2_lr {trial.stage2_lr:.2e} -> "
-            f"validation MAE {score:.4f}"
+            f"search: lr {trial.lr:.2e} stage2_lr {trial.stage2_lr:.2e} -> validation MAE "
+            f"{scores['validation_mae']:.4f}, answer mass {scores['answer_mass']:.3f}"
         )
     best = min(results, key=lambda r: r["validation_mae"])
     return replace(hp, lr=best["lr"], stage2_lr=best["stage2_lr"]), results

@@ -320,10 +320,10 @@ def test_hparams_precedence(tmp_path):
     assert (hp.lr, hp.lora_r, hp.batch_size, hp.reward_includes_digit) == (1e-3, 8, 4, False)
     assert hp == replace(HParams(), lr=1e-3, lora_r=8, batch_size=4, reward_includes_digit=False)
     # a method's own defaults sit under the file and the flags
-    kto = build_parser().parse_args(["--dataset", "d", "--out", "x", "--method", "ours-kto"])
-    assert (from_args(kto).lr, from_args(kto).stage2_lr) == (1.25e-4, 5e-5)
-    args.method = "ours-kto"
-    assert from_args(args).lr == 1e-3 and from_args(args).stage2_lr == 5e-5
+    dpo = build_parser().parse_args(["--dataset", "d", "--out", "x", "--method", "dpo"])
+    assert (from_args(dpo).lr, from_args(dpo).stage2_lr) == (2.5e-4, 1e-4)
+    args.method = "dpo"
+    assert from_args(args).lr == 1e-3 and from_args(args).stage2_lr == 1e-4
 
 
 def test_hparams_errors(tmp_path):
@@ -376,13 +376,27 @@ def test_search_tries_scales_on_a_held_out_paraphrase(tiny_model_dir, tmp_path, 
     hp = read_manifest(out).hyperparameters
     assert [t["lr"] for t in hp["search"]] == [HParams().lr, HParams().lr * 0.5]
     assert all(0 <= t["validation_mae"] <= 0.5 for t in hp["search"])
+    assert all(0 < t["answer_mass"] < 1 for t in hp["search"])
     assert hp["lr"] in [t["lr"] for t in hp["search"]]
 
 
-def test_predicted_shares_sum_to_one(tiny_model_dir, encoder):
-    from trainer.train import predicted_shares
+def test_implied_answers_shares_and_canonical_answer_mass(tiny_model_dir, encoder):
+    from trainer.train import implied_answers
 
     rt = make_runtime(tiny_model_dir, encoder, HParams())
+    row = skewed_rows(1)[0]
     for steering in (True, False):
-        shares = predicted_shares(rt, skewed_rows(1), encoder, steering)
-        assert all(sum(s.values()) == pytest.approx(1.0, abs=1e-5) for s in shares)
+        (implied,) = implied_answers(rt, [row], encoder, steering)
+        assert sum(implied.shares.values()) == pytest.approx(1.0, abs=1e-5)
+        assert 0 < implied.answer_mass < 1
+    # the plain model's mass is the probability of the canonical answers, read directly
+    prompt = list(encoder.prompt(row.prompt))
+    direct = 0.0
+    with torch.no_grad():
+        for c in GENDER.classes:
+            completion = list(encoder.completion(GENDER.label(c)))
+            ids = torch.tensor([prompt + completion])
+            logps = torch.log_softmax(rt.model(input_ids=ids).logits[0, :-1].float(), -1)
+            positions = range(len(prompt) - 1, ids.shape[1] - 1)
+            direct += math.exp(sum(logps[i, ids[0, i + 1]].item() for i in positions))
+    assert implied.answer_mass == pytest.approx(direct, rel=1e-3)
